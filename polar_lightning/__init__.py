@@ -24,7 +24,17 @@ _EXPORTS = {
     "SpectralDiagnostics": "polar_lightning.callbacks",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "GPT",
+    "GPT2Module",
+    "GPTConfig",
+    "FineWebDataModule",
+    "MuonAdamW",
+    "SpectralDiagnostics",
+    "muon_param_groups",
+    "optimal_coefficients",
+    "orthogonalize",
+]
 
 if TYPE_CHECKING:
     from polar_lightning.callbacks import SpectralDiagnostics
