@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 RUN := $(OFFLINE) PYTHONUNBUFFERED=1 $(PY)
 
-.PHONY: env demo test lint bench-polar bench-optim bench-data bench-train prepare-sample \
+.PHONY: env demo test lint bench-polar bench-optim bench-data bench-train prepare-sample prepare-fineweb \
 	reproduce-tiny reproduce-gpt2-small-1b reproduce-gpt2-large-1b device-check clean
 
 $(STAMP): pyproject.toml
@@ -41,6 +41,14 @@ bench-data: env
 
 bench-train: env
 	$(RUN) recipes/train_throughput/bench.py
+
+# Tokenize the shipped sample corpus once into llm.c shards (data.source: shards).
+prepare-sample: env
+	$(RUN) -m polar_lightning prepare --dataset sample --out data/shards/sample --shard-tokens 1000000
+
+# The paper's corpus: about 10B tokens from the hub (needs network and ~20 GB of disk).
+prepare-fineweb: env
+	$(PY) -m polar_lightning prepare --dataset HuggingFaceFW/fineweb --name sample-10BT --out data/fineweb10B
 
 reproduce-tiny: env
 	$(RUN) recipes/polar_express_gpt2/sweep.py --preset tiny
