@@ -1,27 +1,33 @@
 """Polar Express and its peers: optimal coefficients and polar iterations (pure PyTorch / NumPy)."""
 
+from polar_lightning.polar.coefficients import (
+    NEWTON_SCHULZ_LIMITS,
+    apply_polynomials,
+    optimal_coefficients,
+    remez_odd,
+    with_safety,
+)
 from polar_lightning.polar.iterations import (
     METHOD_NAMES,
     PolarMethod,
     orthogonalize,
+    orthogonalize_many,
     polar_coefficients,
+    polar_iterates,
     polar_method,
 )
 
 __all__ = [
     "METHOD_NAMES",
+    "NEWTON_SCHULZ_LIMITS",
     "PolarMethod",
+    "apply_polynomials",
     "optimal_coefficients",
     "orthogonalize",
+    "orthogonalize_many",
     "polar_coefficients",
+    "polar_iterates",
     "polar_method",
+    "remez_odd",
+    "with_safety",
 ]
-
-
-def __getattr__(name: str):
-    # coefficients.py is written separately; resolve it lazily so the package imports without it.
-    if name == "optimal_coefficients":
-        from polar_lightning.polar.coefficients import optimal_coefficients
-
-        return optimal_coefficients
-    raise AttributeError(f"module 'polar_lightning.polar' has no attribute {name!r}")
