@@ -75,7 +75,9 @@ def test_paper_stacks(method: str, size: str) -> None:
     sequences_per_step = data["batch_size"] * trainer["accumulate_grad_batches"] * trainer["devices"]
     assert sequences_per_step == 32
     tokens = trainer["max_steps"] * sequences_per_step * data["block_size"]
-    assert 1e9 <= tokens < 1e9 + sequences_per_step * data["block_size"]  # 1B tokens, rounded up a step
+    # 1B tokens, rounded up to a multiple of val_check_interval so the last validation is at the last step.
+    assert 1e9 <= tokens < 1e9 + trainer["val_check_interval"] * sequences_per_step * data["block_size"]
+    assert trainer["max_steps"] % trainer["val_check_interval"] == 0
 
 
 def test_demo_is_cpu_tiny_on_the_sample() -> None:
