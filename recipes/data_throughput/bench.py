@@ -14,7 +14,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from polar_lightning.data.prepare import prepare_shards
 from polar_lightning.data.shards import ShardSet, ShardStream, list_shards
 from polar_lightning.data.streaming import ReaderLayout, TrainStream, collect_validation_tokens
 from polar_lightning.data.tokenizer import encode_documents
+from polar_lightning.provenance import short_commit
 
 HERE = Path(__file__).parent
 BLOCK_SIZE = 1024  # GPT-2 context (Radford et al. 2019)
@@ -97,14 +97,6 @@ def machine() -> str:
     except OSError:
         pass
     return f"{model}, {len(os.sched_getaffinity(0))} cores available, {platform.platform()}"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def plot(medians: dict[str, float], cpu_train: float, h200_train: float, path: Path) -> None:
@@ -181,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 Command: `make bench-data`
 (`python recipes/data_throughput/bench.py --repeats {args.repeats} --passes {args.passes}`)
-Git commit: `{git_commit()}` · torch {torch.__version__} · batches int64 (B={BATCH_SIZE}, T={BLOCK_SIZE})
+Git commit: `{short_commit()}` · torch {torch.__version__} · batches int64 (B={BATCH_SIZE}, T={BLOCK_SIZE})
 Hardware: {machine()}
 Load average (1/5/15 min) before: {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f},
 after: {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}.

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +44,8 @@ from polar_lightning.polar import (
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
+
+from polar_lightning.provenance import cpu_model, short_commit
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -306,26 +306,6 @@ def _fmt(x: float) -> str:
     return "nan" if x != x else (f"{x:.3f}" if x >= 1e-3 else f"{x:.1e}")
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def plot_errors(curves: dict[str, dict], path: Path) -> None:
     fig, axes = plt.subplots(len(curves), 2, figsize=(11, 3.6 * len(curves)), squeeze=False)
     for row, (title, per_dtype) in enumerate(curves.items()):
@@ -530,12 +510,12 @@ def render(
         f"- command: `python recipes/polar_error/{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}` "
         "(`make bench-polar` runs it without flags)"
     )
-    add(f"- git commit: {_git_commit()}; torch {torch.__version__}; numpy {np.__version__}")
+    add(f"- git commit: {short_commit()}; torch {torch.__version__}; numpy {np.__version__}")
     add(
-        f"- hardware: {_cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {args.timing_threads} "
+        f"- hardware: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {args.timing_threads} "
         "for timing, 1 elsewhere; no GPU available to this run"
         if not torch.cuda.is_available()
-        else f"- hardware: {_cpu_name()}; GPU {torch.cuda.get_device_name()} (GPU table not implemented)"
+        else f"- hardware: {cpu_model()}; GPU {torch.cuda.get_device_name()} (GPU table not implemented)"
     )
     add(
         f"- load average at start: {', '.join(f'{x:.1f}' for x in load_start)} "

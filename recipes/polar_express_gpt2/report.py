@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules when
 import plots  # noqa: E402
 import rundata  # noqa: E402
 from presets import BASELINE, METHOD_LABELS, PAPER, PAPER_SETUP, PRESETS, Preset  # noqa: E402
+
+from polar_lightning.provenance import cpu_model
 
 # Worst case of max |s - 1| over normalised singular values in [1e-3, 1] after the 5 polar iterations
 # Muon runs (float64, shared/reference/polar-express.md, "error after k steps" table, k = 5).
@@ -152,16 +153,6 @@ def polar_summary(results: list[RunResult], method: str, lr: float | None) -> tu
             statistics.fmean(r.polar_max[-1][1] for r in chosen))
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def hardware_line(results: list[RunResult]) -> str:
     for r in results:
         info = rundata.read_json(r.run_dir / "run_info.json")
@@ -169,10 +160,10 @@ def hardware_line(results: list[RunResult]) -> str:
             hw, pk = info.get("hardware", {}), info.get("packages", {})
             gpus = ", ".join(g["name"] for g in hw.get("gpus", [])) or "no GPU"
             tr = info.get("trainer", {})
-            return (f"{cpu_name()}, {hw.get('cpu_count')} logical CPUs (torch threads "
+            return (f"{cpu_model()}, {hw.get('cpu_count')} logical CPUs (torch threads "
                     f"{hw.get('torch_threads')}), {gpus}; {tr.get('world_size', 1)} rank(s), precision "
                     f"{tr.get('precision')}; torch {pk.get('torch')}, lightning {pk.get('lightning')}")
-    return f"{cpu_name()} (no finished run to read run_info.json from)"
+    return f"{cpu_model()} (no finished run to read run_info.json from)"
 
 
 def section_summary(results: list[RunResult], methods: list[str], best: dict[str, float | None]) -> list[str]:

@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules when
 import rundata  # noqa: E402
 from presets import METHODS, PRESETS, Preset  # noqa: E402
 
+from polar_lightning.provenance import short_commit
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPE_DIR = Path(__file__).resolve().parent
 SWEEP_RECORD = "sweep.json"
@@ -128,18 +130,6 @@ def signature(preset: Preset, run: Run, extra: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def git_commit() -> str:
-    """Short commit of the repository, with ``+dirty`` when tracked files changed."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
 def check_finished(run_dir: Path) -> tuple[float | None, int | None, str | None]:
     """(final validation loss, its step, error): the run must have validated at its last step."""
     val = rundata.curve(rundata.read_metrics(run_dir), rundata.VAL_KEY)
@@ -192,7 +182,7 @@ def execute(preset: Preset, run: Run, out_dir: Path, extra: list[str], sig: str,
     cmd = command(preset, run, out_dir, extra, ckpt_path=ckpt)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     record = {"method": run.method, "lr": run.lr, "seed": run.seed, "command": shlex.join(cmd),
-              "signature": sig, "commit": git_commit(), "resumed_from": str(ckpt) if ckpt else None,
+              "signature": sig, "commit": short_commit(), "resumed_from": str(ckpt) if ckpt else None,
               "load_before": os.getloadavg()[0]}
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -229,7 +219,7 @@ def record_invocation(out_dir: Path, preset: Preset, argv: list[str]) -> None:
     data["invocations"].append({
         "argv": ["recipes/polar_express_gpt2/sweep.py", *argv],
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": short_commit(),
     })
     rundata.write_json(path, data)
 

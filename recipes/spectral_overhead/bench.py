@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from statistics import median
@@ -29,6 +28,7 @@ from polar_lightning.callbacks import SpectralDiagnostics
 from polar_lightning.callbacks.spectral import DEFAULT_EVERY_N_STEPS
 from polar_lightning.models import GPT, GPTConfig
 from polar_lightning.optim import MuonAdamW, muon_param_groups
+from polar_lightning.provenance import cpu_model, short_commit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The budget: the callback may cost at most 3% of training time at the default interval.
@@ -36,30 +36,10 @@ BUDGET = 0.03
 INTERVALS = (10, 25, 50, 100, 200, 500)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _git_commit() -> str:
-    try:
-        cmd = ["git", "rev-parse", "--short", "HEAD"]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- hardware: {_hardware(device)} ({args.device}); machine shared with other jobs while measured",
         "- command: `" + " ".join(["python recipes/spectral_overhead/bench.py", *cli_args]) + "`",
-        f"- git commit: {_git_commit()}; torch {torch.__version__}; python {platform.python_version()}",
+        f"- git commit: {short_commit()}; torch {torch.__version__}; python {platform.python_version()}",
         f"- model: GPT `{args.preset}` ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), "
         f"float32 weights; batch {args.batch} x {args.seq} tokens per step; MuonAdamW(method="
         f"\"{args.method}\", polar in bfloat16), hidden matrices on Muon",

@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,11 +38,13 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from polar_lightning.callbacks.run_info import cpu_model
 from polar_lightning.module import GPT2Module
+from polar_lightning.provenance import cpu_model
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
+
+from polar_lightning.provenance import short_commit
 
 HERE = Path(__file__).resolve().parent
 # The bar: Lightning may cost at most 5% over the bare loop.
@@ -159,14 +160,6 @@ def run_case(case: Case, precision: str, log_dir: Path, bar: tqdm) -> None:
             ratios.append(statistics.median(lightning) / statistics.median(bare))
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def write_results(cases: list[Case], args: argparse.Namespace, seconds: float, load: tuple) -> str:
     lines = [
         "# Training throughput: Lightning vs a bare PyTorch loop",
@@ -174,7 +167,7 @@ def write_results(cases: list[Case], args: argparse.Namespace, seconds: float, l
         f"- hardware: {cpu_model() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch "
         f"thread(s) ({platform.platform()}); load average {load[0]:.1f} at start, {load[1]:.1f} at end",
         f"- command: `{' '.join(['python recipes/train_throughput/bench.py', *args.argv])}`",
-        f"- git commit: {git_commit()}, torch {torch.__version__}, lightning {L.__version__}",
+        f"- git commit: {short_commit()}, torch {torch.__version__}, lightning {L.__version__}",
         f"- dtype: {args.precision} (fp32 weights, bf16 autocast); MuonAdamW, polar_express, 5 polar steps "
         "(bf16)",
         f"- wall time of the benchmark: {seconds:.0f} s",
