@@ -126,37 +126,63 @@ def _median_curve(vectors: list[Tensor], normalise: bool) -> np.ndarray:
     return np.median(np.stack([r[:length] for r in rows]), axis=0)
 
 
-def plot_update_spectra(history: History, path: str) -> str | None:
-    """Per layer type: the update's singular values s_i / s_1 (median over layers) at a few steps."""
-    steps = _pick(list(history.update_sv))
+def _plot_per_layer_type(
+    per_step: dict[int, dict[str, Any]],
+    path: str,
+    curve: Any,
+    *,
+    log_y: bool,
+    reference: float | None,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> str | None:
+    """One panel per layer type, one line per picked step: ``curve(vectors)`` of that type's layers."""
+    steps = _pick(list(per_step))
     if not steps:
         return None
-    groups = _by_type(sorted({n for s in steps for n in history.update_sv[s]}))
+    groups = _by_type(sorted({n for s in steps for n in per_step[s]}))
     rows, cols = _grid(len(groups))
     fig = _figure(rows, cols)
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     cmap = fig.colormaps["viridis"] if hasattr(fig, "colormaps") else None
     for ax, (ltype, names) in zip(axes, groups.items(), strict=False):
         for i, step in enumerate(steps):
-            vecs = [history.update_sv[step][n] for n in names if n in history.update_sv[step]]
+            vecs = [per_step[step][n] for n in names if per_step[step].get(n) is not None]
+            vecs = [v for v in vecs if v.numel() > 0]
             if not vecs:
                 continue
-            curve = np.maximum(_median_curve(vecs, normalise=True), REL_FLOOR)
-            x = np.linspace(0.0, 1.0, len(curve))
-            color = _color(i, len(steps), cmap)
-            ax.plot(x, curve, color=color, label=f"step {step}")
-        ax.set_yscale("log")
+            y = curve(vecs)
+            ax.plot(np.linspace(0.0, 1.0, len(y)), y, color=_color(i, len(steps), cmap), label=f"step {step}")
+        if log_y:
+            ax.set_yscale("log")
+        if reference is not None:
+            ax.axhline(reference, color="black", lw=0.8, ls="--")
         ax.set_title(f"{ltype} ({len(names)})", fontsize=9)
-        ax.set_xlabel("index / rank")
-        ax.set_ylabel("s_i / s_1 of dW")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     for ax in axes[len(groups) :]:
         ax.set_visible(False)
-    fig.suptitle("Singular values of the applied update dW (median over layers of each type)")
+    fig.suptitle(title)
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_update_spectra(history: History, path: str) -> str | None:
+    """Per layer type: the update's singular values s_i / s_1 (median over layers) at a few steps."""
+    return _plot_per_layer_type(
+        history.update_sv,
+        path,
+        lambda vecs: np.maximum(_median_curve(vecs, normalise=True), REL_FLOOR),
+        log_y=True,
+        reference=None,
+        xlabel="index / rank",
+        ylabel="s_i / s_1 of dW",
+        title="Singular values of the applied update dW (median over layers of each type)",
+    )
 
 
 def _color(i: int, n: int, cmap: Any) -> Any:
@@ -213,35 +239,16 @@ def plot_training(history: History, path: str) -> str | None:
 
 def plot_polar(history: History, path: str) -> str | None:
     """Per layer type: singular values of the polar output in the momentum's directions, sorted."""
-    steps = _pick(list(history.polar_sv))
-    if not steps:
-        return None
-    groups = _by_type(sorted({n for s in steps for n in history.polar_sv[s]}))
-    rows, cols = _grid(len(groups))
-    fig = _figure(rows, cols)
-    axes = fig.subplots(rows, cols, squeeze=False).flatten()
-    cmap = fig.colormaps["viridis"] if hasattr(fig, "colormaps") else None
-    for ax, (ltype, names) in zip(axes, groups.items(), strict=False):
-        for i, step in enumerate(steps):
-            vecs = [history.polar_sv[step][n] for n in names if history.polar_sv[step].get(n) is not None]
-            vecs = [v for v in vecs if v.numel() > 0]
-            if not vecs:
-                continue
-            curve = _median_curve(vecs, normalise=False)
-            ax.plot(np.linspace(0.0, 1.0, len(curve)), curve, color=_color(i, len(steps), cmap),
-                    label=f"step {step}")
-        ax.axhline(1.0, color="black", lw=0.8, ls="--")
-        ax.set_title(f"{ltype} ({len(names)})", fontsize=9)
-        ax.set_xlabel("direction (sorted) / count")
-        ax.set_ylabel("s_i of polar output")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    for ax in axes[len(groups) :]:
-        ax.set_visible(False)
-    fig.suptitle("Polar step output in the momentum's singular directions (ideal: all 1)")
-    fig.savefig(path, dpi=110)
-    return path
+    return _plot_per_layer_type(
+        history.polar_sv,
+        path,
+        lambda vecs: _median_curve(vecs, normalise=False),
+        log_y=False,
+        reference=1.0,
+        xlabel="direction (sorted) / count",
+        ylabel="s_i of polar output",
+        title="Polar step output in the momentum's singular directions (ideal: all 1)",
+    )
 
 
 def write_all(history: History, directory: str) -> list[str]:
