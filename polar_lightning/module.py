@@ -68,6 +68,8 @@ class GPT2Module(L.LightningModule):
         polar_method: Polynomial iteration that approximates the polar factor inside Muon.
         polar_steps: Number of polar iterations (the paper uses 5).
         polar_dtype: Precision of the polar iterations.
+        polar_form: How the polar steps are multiplied out: "rectangular" (the more accurate in bf16),
+            "gram" (iterate on X X^T), or "auto" (Gram where it needs fewer multiply-adds).
         muon_lr: Peak learning rate of the Muon groups.
         adamw_lr: Peak learning rate of the AdamW groups (embeddings, head, gains, biases; everything
             when ``optimizer="adamw"``).
@@ -104,6 +106,7 @@ class GPT2Module(L.LightningModule):
         polar_method: PolarMethod = "polar_express",
         polar_steps: int = 5,
         polar_dtype: Literal["bfloat16", "float32"] = "bfloat16",
+        polar_form: Literal["rectangular", "gram", "auto"] = "rectangular",
         muon_lr: float = 0.02,
         adamw_lr: float = 3e-4,
         muon_weight_decay: float = 0.0,
@@ -243,6 +246,7 @@ class GPT2Module(L.LightningModule):
             method=hp.polar_method,
             steps=None if hp.polar_method == "svd" else hp.polar_steps,  # SVD is exact: no steps
             polar_dtype=hp.polar_dtype,
+            form=hp.polar_form,
             adjust_lr=hp.adjust_lr,
             betas=tuple(hp.adamw_betas),
             eps=hp.adamw_eps,

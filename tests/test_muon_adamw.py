@@ -202,6 +202,31 @@ def test_same_shape_matrices_share_one_batched_polar_call(monkeypatch):
         torch.testing.assert_close(p_batched, p, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("form", ["gram", "auto"])
+def test_form_changes_how_the_polar_step_is_multiplied_out_not_the_update(form):
+    # float64 polar steps: the forms are the same polynomials, so the updates agree to rounding.
+    shapes = [(12, 40), (40, 12), (16, 16)]
+    rect = _params(shapes, seed=6)
+    other = _clone(rect)
+    opt_rect = MuonAdamW(rect, polar_dtype="float64")
+    opt_other = MuonAdamW(other, polar_dtype="float64", form=form)
+    for step in range(3):
+        before = [p.detach().clone() for p in rect]
+        _set_grads([rect, other], 20 + step)
+        opt_rect.step()
+        opt_other.step()
+        for a, b, p0 in zip(rect, other, before, strict=True):
+            assert not torch.equal(a, p0)
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * (a - p0).abs().max().item())
+    # In bf16 the forms round differently, which shows which one ran: "auto" keeps the square matrix
+    # in rectangular form and takes the Gram form for the 12 x 40 pair.
+    rect, other = _params(shapes, seed=7), _params(shapes, seed=7)
+    _set_grads([rect, other], 30)
+    MuonAdamW(rect).step()
+    MuonAdamW(other, form=form).step()
+    assert [torch.equal(a, b) for a, b in zip(rect, other, strict=True)] == [False, False, form == "auto"]
+
+
 def test_split_and_per_head_blocks_are_each_orthogonal():
     d, heads = 8, 2
     w = torch.nn.Parameter(torch.randn(3 * d, d))
@@ -279,6 +304,8 @@ def test_weight_decay_uses_the_unadjusted_lr():
         ({"num_heads": 3}, "num_heads=3"),
         ({"algorithm": "sgd"}, "sgd"),
         ({"nesterov": 1}, "nesterov"),
+        ({"form": "fast"}, "'fast'"),
+        ({"form": "gram", "torch_compatible": True}, "exclude"),
     ],
 )
 def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, needle):

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from polar_lightning.optim import distributed as D
-from polar_lightning.polar import METHOD_NAMES, orthogonalize, polar_method
+from polar_lightning.polar import FORMS, METHOD_NAMES, orthogonalize, polar_method
 
 ALGORITHMS = ("muon", "adamw")
 ADJUST_LR = ("original", "match_rms_adamw", "spectral", None)
@@ -181,6 +181,10 @@ def _validate_group(group: dict[str, Any]) -> None:
     for key in ("nesterov", "torch_compatible"):
         if not isinstance(group[key], bool):
             raise ValueError(f"{where}: {key} must be a bool, got {group[key]!r}")
+    if group["form"] not in FORMS:
+        raise ValueError(f"{where}: form must be one of {FORMS}, got {group['form']!r}")
+    if group["form"] == "gram" and group["torch_compatible"]:
+        raise ValueError(f"{where}: form='gram' and torch_compatible=True exclude each other")
     group["method"] = _normalise_method(group["method"])
     steps = group["steps"]
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
@@ -283,6 +287,9 @@ class MuonAdamW(Optimizer):
         num_heads: orthogonalise each split per head (heads along dim 0); int or one per split.
         torch_compatible: normalise as torch.optim.Muon does and orthogonalise each matrix on its own,
             so method "jordan" reproduces torch.optim.Muon bitwise (slower: no batching).
+        form: how the polar steps are multiplied out: "rectangular" (default, the more accurate in
+            bf16), "gram" (iterate on X X^T), or "auto" (Gram for wide blocks such as GPT-2's MLP
+            matrices, rectangular for square ones); see :mod:`polar_lightning.polar.iterations`.
         adamw_lr: learning rate of AdamW groups without their own "lr".
         betas: AdamW (beta1, beta2).
         eps: AdamW epsilon.
@@ -312,6 +319,7 @@ class MuonAdamW(Optimizer):
         split_sizes: Sequence[int] | None = None,
         num_heads: int | Sequence[int] | None = None,
         torch_compatible: bool = False,
+        form: str = "rectangular",
         adamw_lr: float = 3e-4,
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-10,
@@ -334,6 +342,7 @@ class MuonAdamW(Optimizer):
             "split_sizes": split_sizes,
             "num_heads": num_heads,
             "torch_compatible": torch_compatible,
+            "form": form,
             "betas": tuple(betas),
             "eps": eps,
         }
@@ -449,15 +458,17 @@ class MuonAdamW(Optimizer):
             # and mlp.c_proj (768, 3072) then share one stack.
             shape = (piece.cols, piece.rows) if tall else (piece.rows, piece.cols)
             device = piece.param.device
-            key = (g["method"], g["steps"], g["polar_dtype"], g["torch_compatible"], shape, device)
+            form = g.get("form", "rectangular")  # a checkpoint from before "form" existed lacks the key
+            key = (g["method"], g["steps"], g["polar_dtype"], g["torch_compatible"], form, shape, device)
             buckets.setdefault(key, []).append(piece)
-        for (method, steps, dtype_name, compatible, _, _), bucket in buckets.items():
+        for (method, steps, dtype_name, compatible, form, _, _), bucket in buckets.items():
             polar = functools.partial(
                 _polar,
                 method=list(method) if isinstance(method, tuple) else method,
                 steps=steps,
                 dtype=POLAR_DTYPES[dtype_name],
                 torch_compatible=compatible,
+                form=form,
             )
 
             parts = []
@@ -497,13 +508,19 @@ class MuonAdamW(Optimizer):
 
 
 def _polar(
-    x: Tensor, *, method: str | list, steps: int | None, dtype: torch.dtype, torch_compatible: bool
+    x: Tensor,
+    *,
+    method: str | list,
+    steps: int | None,
+    dtype: torch.dtype,
+    torch_compatible: bool,
+    form: str,
 ) -> Tensor:
     """Orthogonalise a stack (k, m, n); torch-compatible mode goes matrix by matrix as torch.optim.Muon."""
     if torch_compatible:
         out = [orthogonalize(m, method, steps, dtype, check_finite=False, torch_compatible=True) for m in x]
         return torch.stack(out) if out else x
-    return orthogonalize(x, method, steps, dtype, check_finite=False)
+    return orthogonalize(x, method, steps, dtype, check_finite=False, form=form)
 
 
 def _record(plist: list[_Piece]) -> tuple[Tensor, Tensor]:

@@ -8,8 +8,10 @@ from polar_lightning.polar.coefficients import (
     with_safety,
 )
 from polar_lightning.polar.iterations import (
+    FORMS,
     METHOD_NAMES,
     PolarMethod,
+    multiply_adds,
     orthogonalize,
     orthogonalize_many,
     polar_coefficients,
@@ -18,12 +20,14 @@ from polar_lightning.polar.iterations import (
 )
 
 __all__ = [
+    "FORMS",
     "METHOD_NAMES",
     "NEWTON_SCHULZ_LIMITS",
     "PolarMethod",
     "apply_polynomials",
     "optimal_coefficients",
     "orthogonalize",
+    "multiply_adds",
     "orthogonalize_many",
     "polar_coefficients",
     "polar_iterates",

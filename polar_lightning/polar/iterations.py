@@ -18,6 +18,22 @@ the singular vectors alone. The methods differ only in their coefficient tables:
 - ``svd``: the exact polar factor from a singular value decomposition.
 
 All figures are from ../shared/reference/polar-express.md, which cites their sources.
+
+Two equivalent ways to run the same polynomials on a wide X (m <= n rows after transposing):
+
+- rectangular: every step forms A = X X^T (m x m) and X <- (a I + b A + c A^2) X, so two of its three
+  products have the long side n: 2 m^2 n + m^3 multiply-adds per quintic step.
+- Gram (Dao AI Lab with N. Amsel, B. Chen, T. Dao, "Gram Newton-Schulz", 2026,
+  tridao.me/blog/2026/gram-newton-schulz):
+  with R = X X^T and h(R) = a I + b R + c R^2, X_{k+1} = h(R_k) X_k and R_{k+1} = h R_k h. Iterating on
+  R and the accumulated Q = h_k ... h_0 touches the long side only to form R and to apply X <- Q X, so
+  a 768 x 3072 pass of 5 steps costs 35 m^3 instead of 45 m^3. In bf16 the carried R drifts from
+  X X^T (it acquires spurious negative eigenvalues), so the iteration restarts from X = Q X every
+  ``GRAM_RESTART_EVERY`` steps.
+
+``form="rectangular"`` (the default) is the more accurate in bf16: on rank-deficient inputs the Gram
+form's rounding floor is several times higher (recipes/polar_error/RESULTS.md); ``form="auto"`` takes
+the Gram form wherever it needs fewer multiply-adds (wide matrices) and the rectangular one elsewhere.
 """
 
 from __future__ import annotations
@@ -99,6 +115,15 @@ METHOD_NAMES: tuple[str, ...] = (*_METHODS, "svd")
 
 MethodSpec = str | PolarMethod | Sequence[Sequence[float]]
 
+# Steps between re-forming X = Q X and R = X X^T in the Gram form, measured in bf16 with polar_express
+# (tests/test_iterations.py::test_gram_form_in_bfloat16_stays_close_to_the_rectangular_form): on a
+# rank-44 64 x 256 input, segments of 2 steps keep s_max at 1.125 / 1.008 after 5 / 8 steps (the
+# rectangular form: 1.123 / 1.003); segments of 3 reach s_max 2.8 after 5 steps and overflow after 8,
+# because each carried update R <- h R h magnifies R's rounding-level negative eigenvalues.
+GRAM_RESTART_EVERY = 2
+
+FORMS: tuple[str, ...] = ("rectangular", "gram", "auto")
+
 
 def polar_method(method: MethodSpec) -> PolarMethod:
     """Resolve a method name, a :class:`PolarMethod`, or a user-supplied list of coefficient tuples.
@@ -158,6 +183,60 @@ def _polynomial_step(x: Tensor, coeffs: Coefficients) -> Tensor:
     return _addmm(x, poly, x, beta=coeffs[0])  # (.., m, n)
 
 
+def _gram_polynomial(r: Tensor, coeffs: Coefficients) -> Tensor:
+    """h(R) = c0 I + c1 R + c2 R^2 + ... for the symmetric (.., m, m) R, by Horner in R."""
+    if len(coeffs) == 2:
+        h = r * coeffs[1]
+    else:
+        h = _addmm(r, r, r, beta=coeffs[-2], alpha=coeffs[-1])
+        for c in reversed(coeffs[1:-2]):
+            h = _addmm(r, r, h, beta=c)
+    h.diagonal(dim1=-2, dim2=-1).add_(coeffs[0])  # h is a fresh tensor: adding c0 I in place is safe
+    return h
+
+
+def _gram_steps(x: Tensor, steps: Sequence[Coefficients]) -> Tensor:
+    """The rectangular steps applied to x (.., m, n), m <= n, carried out in Gram form with restarts."""
+    for first in range(0, len(steps), GRAM_RESTART_EVERY):
+        segment = steps[first : first + GRAM_RESTART_EVERY]
+        r = _matmul(x, x.mT)  # (.., m, m)
+        q = None  # (.., m, m): h_k ... h_first, so that X_{k+1} = q X_first
+        for i, coeffs in enumerate(segment):
+            h = _gram_polynomial(r, coeffs)
+            q = h if q is None else _matmul(h, q)
+            if i + 1 < len(segment):
+                r = _matmul(_matmul(h, r), h)
+                r = (r + r.mT) * 0.5  # rounding makes h R h slightly asymmetric; R must stay symmetric
+        x = _matmul(q, x)  # (.., m, n)
+    return x
+
+
+def multiply_adds(m: int, n: int, steps: Sequence[Coefficients], form: str) -> int:
+    """Multiply-adds of the matrix products of ``steps`` on an (m, n) X, m <= n, in a form."""
+    powers = [len(c) - 2 for c in steps]  # products to build the polynomial in the Gram matrix
+    if form == "rectangular":
+        return sum(2 * m * m * n + p * m**3 for p in powers)
+    total = 0
+    for first in range(0, len(steps), GRAM_RESTART_EVERY):
+        segment = powers[first : first + GRAM_RESTART_EVERY]
+        # R and the final Q X on the long side; per step h(R), then Q (not the first) and R (not the last).
+        total += 2 * m * m * n + sum(segment) * m**3 + 3 * (len(segment) - 1) * m**3
+    return total
+
+
+def _use_gram(form: str, x: Tensor, steps: Sequence[Coefficients], torch_compatible: bool) -> bool:
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if torch_compatible and form == "gram":
+        raise ValueError("form='gram' cannot be torch_compatible: torch.optim.Muon runs the rectangular form")
+    if torch_compatible or form == "rectangular":
+        return False
+    if form == "gram":
+        return True
+    m, n = x.shape[-2:]
+    return multiply_adds(m, n, steps, "gram") < multiply_adds(m, n, steps, "rectangular")
+
+
 def _svd_polar(x: Tensor) -> Tensor:
     """Exact U V^T (partial isometry on the numerical range); zero directions stay zero."""
     u, s, vh = torch.linalg.svd(x, full_matrices=False)
@@ -215,6 +294,7 @@ def orthogonalize(
     check_finite: bool = True,
     torch_compatible: bool = False,
     normalize: bool = True,
+    form: str = "rectangular",
 ) -> Tensor:
     """Approximate the polar factor U V^T of G (..., m, n) with a polynomial iteration.
 
@@ -234,6 +314,10 @@ def orthogonalize(
             prefactor is used.
         normalize: divide by the norm first (the default). ``False`` runs the polynomials on G as
             it is, for callers that have placed its singular values in the method's interval.
+        form: ``"rectangular"`` (default), ``"gram"``, or ``"auto"``: the Gram form where it needs
+            fewer multiply-adds for this shape (aspect ratio above 1.5 at 5 quintic steps), the
+            rectangular one elsewhere. See the module docstring; ``torch_compatible`` implies
+            the rectangular form.
 
     Returns:
         A tensor of G's shape and dtype.
@@ -248,8 +332,12 @@ def orthogonalize(
     n_steps = _resolve_steps(spec, steps, dtype)
     x, transposed = _prepare(G, spec, dtype, torch_compatible, normalize)
     table = spec.coefficients
-    for k in range(n_steps):
-        x = _polynomial_step(x, table[min(k, len(table) - 1)])
+    steps_used = [table[min(k, len(table) - 1)] for k in range(n_steps)]
+    if _use_gram(form, x, steps_used, torch_compatible):
+        x = _gram_steps(x, steps_used)
+    else:
+        for coeffs in steps_used:
+            x = _polynomial_step(x, coeffs)
     if transposed:
         x = x.mT
     return x.reshape(G.shape).to(G.dtype)
@@ -267,8 +355,9 @@ def polar_iterates(
     """Yield X_1, ..., X_steps of :func:`orthogonalize`'s iteration (for error-per-step studies).
 
     Each iterate has G's shape and stays in ``dtype`` (the precision the iteration carries), so the
-    last one cast to ``G.dtype`` equals ``orthogonalize(G, method, steps, dtype)``. Arguments as in
-    :func:`orthogonalize`; ``"svd"`` has no iterates.
+    last one cast to ``G.dtype`` equals ``orthogonalize(G, method, steps, dtype)`` (the rectangular
+    form: the Gram form has no X_k between restarts). Arguments as in :func:`orthogonalize`; ``"svd"`` has no
+    iterates.
     """
     _check_input(G, check_finite)
     spec = polar_method(method)
@@ -288,6 +377,7 @@ def orthogonalize_many(
     *,
     check_finite: bool = True,
     batch: bool | None = None,
+    form: str = "rectangular",
 ) -> list[Tensor]:
     """:func:`orthogonalize` each matrix of a list, batching matrices of the same shape into one call.
 
@@ -307,6 +397,7 @@ def orthogonalize_many(
         check_finite: as in :func:`orthogonalize`.
         batch: stack same-shape matrices into one batched call; ``None`` (default) batches on
             accelerators and not on CPU.
+        form: as in :func:`orthogonalize`.
 
     Returns:
         The orthogonalised matrices, in input order, each with its input's shape and dtype.
@@ -323,7 +414,7 @@ def orthogonalize_many(
         batched = device.type != "cpu" if batch is None else batch
         if len(members) == 1 or not batched:
             for i in members:
-                out[i] = orthogonalize(tensors[i], method, steps, dtype, check_finite=check_finite)
+                out[i] = orthogonalize(tensors[i], method, steps, dtype, check_finite=check_finite, form=form)
             continue
         work = dtype
         if method == "svd":  # SVD runs in float32, or float64 when an input is float64
@@ -335,7 +426,9 @@ def orthogonalize_many(
         for slot, i in enumerate(members):
             t = tensors[i]
             stacked[slot].copy_(t.mT if t.shape[0] > t.shape[1] else t)
-        result = orthogonalize(stacked, method, steps, dtype, check_finite=check_finite)  # (k, rows, cols)
+        result = orthogonalize(
+            stacked, method, steps, dtype, check_finite=check_finite, form=form
+        )  # (k, rows, cols)
         for slot, i in enumerate(members):
             t = tensors[i]
             r = result[slot]

@@ -10,7 +10,8 @@ Writes RESULTS.md and PNG plots beside this file (or into --out-dir):
 2. the worst case over normalised singular values in [1e-3, 1] after k = 1..8 steps (float64 scalar
    map), and the same on fp32 / bf16 matrices with the spectrum placed there directly;
 3. time per call at 5 steps for GPT-2 small's hidden matrices against torch.optim.Muon's own
-   iteration, interleaved repeats in one run, as ratios.
+   iteration, interleaved repeats in one run, as ratios; for the default rectangular form and for
+   ``form="auto"`` (the Gram form on wide matrices). Section 1 carries a Gram-form row for accuracy.
 
 ``--quick`` shrinks every size (smoke test, < 1 minute); its numbers are not the results.
 """
@@ -53,6 +54,7 @@ SAMPLE = REPO / "polar_lightning" / "data" / "assets" / "sample" / "wiki-00000.p
 
 METHODS = ["polar_express", "polar_express_5", "jordan", "you", "newton_schulz"]
 MATCHED = "polar_express (l matched)"
+GRAM = "polar_express (Gram form)"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 JORDAN = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's default ns_coefficients
 MAX_K = 20  # the paper's Figure 3 runs 20 iterations (--quick: 12)
@@ -167,6 +169,12 @@ def transformer_gradient(quick: bool, seed: int = 0) -> tuple[Tensor, str]:
 # ---- 1. error against iteration ----------------------------------------------------------------------
 
 
+def gram_iterates(g: Tensor, max_k: int, dtype: torch.dtype) -> list[Tensor]:
+    """polar_express in Gram form after k = 1..max_k steps (no X_k exists between its restarts)."""
+    ks = range(1, max_k + 1)
+    return [orthogonalize(g, "polar_express", k, dtype, check_finite=False, form="gram") for k in ks]
+
+
 def error_curves(
     g: Tensor, polar: Tensor, methods: dict[str, object], max_k: int, bar: tqdm
 ) -> dict[str, dict[str, dict[str, object]]]:
@@ -176,7 +184,11 @@ def error_curves(
         out[dname] = {}
         for name, method in methods.items():
             errs, range5, q = [], (float("nan"), float("nan")), None
-            for k, x in enumerate(polar_iterates(g.float(), method, max_k, dtype, check_finite=False), 1):
+            if method == GRAM:
+                iterates = gram_iterates(g.float(), max_k, dtype)
+            else:
+                iterates = polar_iterates(g.float(), method, max_k, dtype, check_finite=False)
+            for k, x in enumerate(iterates, 1):
                 err, q = spectral_norm(x.double() - polar, q, 30 if q is None else 12)
                 errs.append(err)
                 if k == 5:
@@ -260,37 +272,43 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int) -> di
     return times
 
 
+TIMED_FORMS = ("rectangular", "auto")
+
+
 def timing(shapes: list[tuple[int, int]], layers: int, repeats: int, bar: tqdm) -> list[dict[str, object]]:
+    """Rows per shape and for the whole pass, one per form; every candidate interleaved in one run."""
     gen = torch.Generator().manual_seed(0)
     rows = []
     for shape in shapes:
         g = torch.randn(*shape, generator=gen)
-        t = interleaved(
-            {
-                "ours": lambda g=g: orthogonalize(g, "polar_express", 5, torch.bfloat16, check_finite=False),
-                "torch": lambda g=g: torch_muon_iteration(g),
-            },
-            repeats,
-        )
-        rows.append({"what": f"{shape[0]}x{shape[1]}", **_ratio_row(t), "bar": 1.05})
+        candidates: dict[str, Callable[[], object]] = {
+            form: lambda g=g, form=form: orthogonalize(
+                g, "polar_express", 5, torch.bfloat16, check_finite=False, form=form
+            )
+            for form in TIMED_FORMS
+        }
+        t = interleaved(candidates | {"torch": lambda g=g: torch_muon_iteration(g)}, repeats)
+        what = f"{shape[0]}x{shape[1]}"
+        rows += [{"what": what, "form": f, **_ratio_row(t, f), "bar": 1.05} for f in TIMED_FORMS]
         bar.update(1)
     mats = [torch.randn(*s, generator=gen) for _ in range(layers) for s in shapes]
-    t = interleaved(
-        {
-            "ours": lambda: orthogonalize_many(mats, "polar_express", 5, torch.bfloat16, check_finite=False),
-            "torch": lambda: [torch_muon_iteration(m) for m in mats],
-        },
-        repeats,
-    )
-    rows.append({"what": f"all {len(mats)} in one pass", **_ratio_row(t), "bar": 1.0})
+    candidates = {
+        form: lambda form=form: orthogonalize_many(
+            mats, "polar_express", 5, torch.bfloat16, check_finite=False, form=form
+        )
+        for form in TIMED_FORMS
+    }
+    t = interleaved(candidates | {"torch": lambda: [torch_muon_iteration(m) for m in mats]}, repeats)
+    what = f"all {len(mats)} in one pass"
+    rows += [{"what": what, "form": f, **_ratio_row(t, f), "bar": 1.0} for f in TIMED_FORMS]
     bar.update(1)
     return rows
 
 
-def _ratio_row(t: dict[str, list[float]]) -> dict[str, object]:
-    ratios = [a / b for a, b in zip(t["ours"], t["torch"], strict=True)]
+def _ratio_row(t: dict[str, list[float]], ours: str) -> dict[str, object]:
+    ratios = [a / b for a, b in zip(t[ours], t["torch"], strict=True)]
     return {
-        "ours_ms": 1e3 * statistics.median(t["ours"]),
+        "ours_ms": 1e3 * statistics.median(t[ours]),
         "torch_ms": 1e3 * statistics.median(t["torch"]),
         "ratio": statistics.median(ratios),
         "ratio_lo": min(ratios),
@@ -339,7 +357,7 @@ def plot_worst(scalar: dict[str, list[float]], path: Path) -> None:
 
 def plot_timing(rows: list[dict[str, object]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    labels = [r["what"] for r in rows]
+    labels = [f"{r['what']}\n{r['form']}" for r in rows]
     med = [r["ratio"] for r in rows]
     err = [[r["ratio"] - r["ratio_lo"] for r in rows], [r["ratio_hi"] - r["ratio"] for r in rows]]
     ax.bar(labels, med, yerr=err, capsize=4, color="tab:blue")
@@ -403,8 +421,8 @@ def main() -> None:
         1e-7,
         max_k,
     )
-    methods_a: dict[str, object] = {m: m for m in METHODS} | {MATCHED: matched}
-    methods_bc: dict[str, object] = {m: m for m in METHODS}
+    methods_a: dict[str, object] = {m: m for m in METHODS} | {MATCHED: matched, GRAM: GRAM}
+    methods_bc: dict[str, object] = {m: m for m in METHODS} | {GRAM: GRAM}
     matrices = {
         f"(a) {n_a}x{n_a}, singular values geometric in [1e-6, 1]": (g_a, polar_a, methods_a),
         f"(b) {shape_b[0]}x{shape_b[1]} Gaussian": (g_b, polar_b, methods_bc),
@@ -473,7 +491,7 @@ def render(
     counts_a = {m: first_below(rec["err"], 0.1) for m, rec in fp32_a.items()}
     best = min((c for c in counts_a.values() if c is not None), default=None)
     mc = counts_a[MATCHED]
-    others = [c for m, c in counts_a.items() if m not in (MATCHED, "polar_express", "polar_express_5")]
+    others = [c for m, c in counts_a.items() if m not in (MATCHED, GRAM, "polar_express", "polar_express_5")]
     ok_a = mc is not None and mc == best and all(c is None or mc < c for c in others)
     listed = ", ".join(f"{m} {'never' if c is None else c}" for m, c in counts_a.items())
     bars.append(
@@ -497,7 +515,7 @@ def render(
     for row in timing_rows:
         ok = row["ratio"] <= row["bar"]
         bars.append(
-            f"- time, {row['what']}: ratio {row['ratio']:.3f} (bar <= {row['bar']}): "
+            f"- time, {row['what']}, form {row['form']}: ratio {row['ratio']:.3f} (bar <= {row['bar']}): "
             f"**{'PASS' if ok else 'FAIL'}**"
         )
 
@@ -613,24 +631,27 @@ def render(
         add("Skipped (--skip-timing).")
     else:
         add(
-            f"`orthogonalize(G, 'polar_express', 5, torch.bfloat16, check_finite=False)` (per shape) and "
-            "`orthogonalize_many` (all matrices of the pass; it stacks same-shape matrices into one "
-            "batched call on accelerators and, by default, calls once per matrix on CPU, where batching "
-            "measured 1.09x slower on one thread) "
+            "`orthogonalize(G, 'polar_express', 5, torch.bfloat16, check_finite=False, form=F)` (per "
+            "shape) and `orthogonalize_many` (all matrices of the pass; it stacks same-shape matrices "
+            "into one batched call on accelerators and, by default, calls once per matrix on CPU, where "
+            "batching measured 1.09x slower on one thread), for F = `rectangular` (the default: the "
+            "paper's iteration) and F = `auto` (Gram form where it needs fewer multiply-adds: the "
+            "768x2304, 768x3072 and 3072x768 matrices; 768x768 stays rectangular; 35 m^3 instead of "
+            "45 m^3 multiply-adds at aspect 4) "
             "against `torch.optim._muon._zeropower_via_newtonschulz` with "
             f"(3.4445, -4.7750, 2.0315), 5 steps, eps 1e-7; fp32 inputs; {repeats} interleaved repeats "
             "(order alternating), ratio = ours / torch per repeat. Plot: `timing.png`."
         )
         add("")
         add(
-            "| matrices | ours (median ms) | torch.optim.Muon (median ms) | ratio median "
+            "| matrices | form | ours (median ms) | torch.optim.Muon (median ms) | ratio median "
             "| ratio [min, max] | bar |"
         )
-        add("|---|---|---|---|---|---|")
+        add("|---|---|---|---|---|---|---|")
         for r in timing_rows:
             add(
-                f"| {r['what']} | {r['ours_ms']:.1f} | {r['torch_ms']:.1f} | {r['ratio']:.3f} | "
-                f"[{r['ratio_lo']:.3f}, {r['ratio_hi']:.3f}] | <= {r['bar']} |"
+                f"| {r['what']} | {r['form']} | {r['ours_ms']:.1f} | {r['torch_ms']:.1f} | "
+                f"{r['ratio']:.3f} | [{r['ratio_lo']:.3f}, {r['ratio_hi']:.3f}] | <= {r['bar']} |"
             )
     add("")
     add(

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         sync()
         return time.perf_counter() - start
 
+    load_before = os.getloadavg()
     t0 = step(False)  # warm-up: allocations, optimizer state, first SVD workspace
     t1 = step(True)
     tqdm.write(f"warm-up: plain {t0:.2f} s, sampled {t1:.2f} s")
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         own.append(cb.history.metrics[-1]["spectral/seconds"])
         tqdm.write(f"repeat {r}: plain {plain[-1]:.2f} s, sampled {sampled[-1]:.2f} s, "
                    f"callback {own[-1]:.2f} s")
+    load_after = os.getloadavg()
     t_plain = median(plain)
     extra_diff = median(s - p for s, p in zip(sampled, plain, strict=True))
     extra_own = median(own)
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# SpectralDiagnostics overhead",
         "",
-        f"- hardware: {_hardware(device)} ({args.device}); machine shared with other jobs while measured",
+        f"- hardware: {_hardware(device)} ({args.device}); 1-min load average {load_before[0]:.2f} "
+        f"before, {load_after[0]:.2f} after (other jobs on the machine show up here)",
         "- command: `" + " ".join(["python recipes/spectral_overhead/bench.py", *cli_args]) + "`",
         f"- git commit: {short_commit()}; torch {torch.__version__}; python {platform.python_version()}",
         f"- model: GPT `{args.preset}` ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), "
