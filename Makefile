@@ -10,7 +10,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 RUN := $(OFFLINE) PYTHONUNBUFFERED=1 $(PY)
 
 .PHONY: env demo test lint bench-polar bench-optim bench-data bench-train prepare-sample prepare-fineweb \
-	reproduce-tiny reproduce-gpt2-small-1b reproduce-gpt2-large-1b device-check clean
+	reproduce-tiny reproduce-tiny-gram-form reproduce-gpt2-small-1b reproduce-gpt2-large-1b device-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,17 @@ prepare-fineweb: env
 
 reproduce-tiny: env
 	$(RUN) recipes/polar_express_gpt2/sweep.py --preset tiny
+
+# Polar Express with the polar step in Gram form (form auto) against the rectangular runs of
+# reproduce-tiny, paired by seed; the base runs are made first if missing (finished ones are skipped).
+GRAM_RUNS = --preset tiny --methods polar_express --lrs 0.005 0.01 --seeds 0 1 --no-report
+reproduce-tiny-gram-form: env
+	$(RUN) recipes/polar_express_gpt2/sweep.py $(GRAM_RUNS)
+	$(RUN) recipes/polar_express_gpt2/sweep.py $(GRAM_RUNS) --out-dir runs/sweep-tiny-gram-form \
+		-- --model.polar_form=auto
+	$(RUN) recipes/polar_express_gpt2/compare_forms.py --base runs/sweep-tiny \
+		--variant runs/sweep-tiny-gram-form --label "form auto" \
+		--out recipes/polar_express_gpt2/RESULTS-tiny-gram-form.md
 
 reproduce-gpt2-small-1b: env
 	$(PY) recipes/polar_express_gpt2/sweep.py --preset gpt2-small-1b

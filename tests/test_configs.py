@@ -80,6 +80,14 @@ def test_paper_stacks(method: str, size: str) -> None:
     assert trainer["max_steps"] % trainer["val_check_interval"] == 0
 
 
+def test_gram_form_variant_only_changes_the_form() -> None:
+    stack = [BASE, "configs/method/polar_express.yaml"]
+    base, variant = resolved(*stack), resolved(*stack, "configs/variant/gram_form.yaml")
+    assert base["model"]["polar_form"] == "rectangular" and variant["model"]["polar_form"] == "auto"
+    variant["model"]["polar_form"] = "rectangular"
+    assert variant == base
+
+
 def test_demo_is_cpu_tiny_on_the_sample() -> None:
     cfg = resolved("configs/demo.yaml")
     assert cfg["model"]["preset"] == "gpt2-tiny"

@@ -87,6 +87,34 @@ def test_polar_error_curve_takes_worst_matrix():
     assert rundata.curve(rows, "train/loss") == [(1, 3.0)]
 
 
+def _fake_run(root: Path, key: str, loss: float, polar_errors: list[float], cpu_s: float) -> None:
+    run = root / key
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"final_val_loss": loss, "cpu_s": cpu_s, "commit": "abc"}))
+    lines = ["step,spectral/h.0/polar_err_max"] + [f"{10 * i},{e}" for i, e in enumerate(polar_errors)]
+    (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_compare_forms_pairs_runs_by_key(tmp_path, capsys):
+    compare = _load("compare_forms")
+    base, variant = tmp_path / "base", tmp_path / "variant"
+    _fake_run(base, "polar_express/lr0.01/seed0", 5.0, [0.3, 0.5, 0.4], 100)
+    _fake_run(base, "polar_express/lr0.01/seed1", 6.0, [0.3], 100)
+    _fake_run(variant, "polar_express/lr0.01/seed0", 5.25, [0.2, 0.6, 0.6], 80)
+    _fake_run(variant, "polar_express/lr0.01/seed1", 5.5, [0.1], 90)
+    _fake_run(variant, "jordan/lr0.01/seed0", 5.0, [0.6], 90)  # no base run: skipped, said so
+    out = tmp_path / "table.md"
+    assert compare.main(["--base", str(base), "--variant", str(variant), "--label", "gram",
+                         "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| polar_express/lr0.01/seed0 | 5.0000 | 5.2500 | +0.2500 | 0.400 | 0.600 | 100 | 80 |" in text
+    assert "| polar_express/lr0.01/seed1 | 6.0000 | 5.5000 | -0.5000 | 0.300 | 0.100 | 100 | 90 |" in text
+    assert "jordan" not in text and "jordan/lr0.01/seed0 has no finished run" in capsys.readouterr().err
+    assert "Median paired difference over 2 runs: -0.1250 (min -0.5000, max +0.2500)." in text
+    with pytest.raises(SystemExit):
+        compare.main(["--base", str(tmp_path / "missing"), "--variant", str(variant)])
+
+
 def test_dry_run_prints_every_command(tmp_path):
     proc = _sweep(["--preset", "gpt2-small-1b", "--dry-run", "--out-dir", str(tmp_path)], timeout=60)
     if proc.returncode == 2 and "config files not found" in proc.stderr:

@@ -3,8 +3,10 @@
 Both sides step the same parameter shapes with the same fixed gradients: hidden matrices with Muon
 (method "jordan", 5 steps, bfloat16, "original" lr adjustment, no split or per-head, so the work is the
 same as torch.optim.Muon's), embeddings, gains and biases with AdamW (betas (0.9, 0.95), eps 1e-10).
-Repeats are interleaved (ours, peer, ours-polar-express, in rotating order) and the ratio is taken per
-repeat, so machine contention hits both sides alike; the table reports the median and the spread.
+Repeats are interleaved (ours, peer, ours-polar-express, ours-polar-express in form "auto", in rotating
+order) and the ratio is taken per repeat, so machine contention hits both sides alike; the table
+reports the median and the spread. Form "auto" runs the polar steps of the wide matrices in Gram form
+(polar_lightning.polar.iterations): the same polynomials with fewer multiply-adds.
 
 Run: ``make bench-optim`` (writes RESULTS.md beside this file).
 """
@@ -12,9 +14,8 @@ Run: ``make bench-optim`` (writes RESULTS.md beside this file).
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from polar_lightning.optim import MuonAdamW
+from polar_lightning.provenance import cpu_model, short_commit
 
 HERE = Path(__file__).resolve().parent
 # GPT-2 small (Radford et al. 2019; nanoGPT layout): 12 layers, width 768, context 1024, vocab 50257.
@@ -50,13 +52,13 @@ def make_params(shapes: list[tuple[int, ...]], seed: int) -> list[torch.nn.Param
 
 
 class Ours:
-    def __init__(self, method: str, matrices, others) -> None:
+    def __init__(self, method: str, matrices, others, form: str = "rectangular") -> None:
         self.opt = MuonAdamW(
             [
                 {"params": make_params(matrices, 0), "algorithm": "muon", "lr": 0.02},
                 {"params": make_params(others, 1), "algorithm": "adamw", "lr": 3e-4},
             ],
-            method=method, steps=5, polar_dtype="bfloat16", adjust_lr="original",
+            method=method, steps=5, polar_dtype="bfloat16", adjust_lr="original", form=form,
         )
 
     def step(self) -> None:
@@ -92,7 +94,9 @@ def main() -> None:
     matrices, others = gpt2_small_shapes()
     n_params = sum(torch.Size(s).numel() for s in matrices + others)
     runners = {"ours_jordan": Ours("jordan", matrices, others), "peer": Peer(matrices, others),
-               "ours_polar_express": Ours("polar_express", matrices, others)}
+               "ours_polar_express": Ours("polar_express", matrices, others),
+               "ours_polar_express_auto": Ours("polar_express", matrices, others, form="auto")}
+    load_before = os.getloadavg()[0]
     for runner in runners.values():  # warm-up: allocates state, first-call overheads
         runner.step()
     times: dict[str, list[float]] = {k: [] for k in runners}
@@ -103,6 +107,8 @@ def main() -> None:
             times[name].append(timed(runners[name].step))
     ratio_j = [a / b for a, b in zip(times["ours_jordan"], times["peer"], strict=True)]
     ratio_pe = [a / b for a, b in zip(times["ours_polar_express"], times["peer"], strict=True)]
+    ratio_auto = [a / b for a, b in zip(times["ours_polar_express_auto"], times["peer"], strict=True)]
+    load_after = os.getloadavg()[0]
 
     def row(label: str, xs: list[float], unit: str = "") -> str:
         return f"| {label} | {statistics.median(xs):.3f}{unit} | {min(xs):.3f}{unit} - {max(xs):.3f}{unit} |"
@@ -112,26 +118,25 @@ def main() -> None:
         "|---|---|---|",
         row("MuonAdamW (jordan) step, s", times["ours_jordan"]),
         row("MuonAdamW (polar_express) step, s", times["ours_polar_express"]),
+        row("MuonAdamW (polar_express, form auto) step, s", times["ours_polar_express_auto"]),
         row("torch.optim.Muon + AdamW step, s", times["peer"]),
         row("ratio jordan / peer", ratio_j, "x"),
         row("ratio polar_express / peer", ratio_pe, "x"),
+        row("ratio polar_express form auto / peer", ratio_auto, "x"),
     ])
     verdict = "PASS" if statistics.median(ratio_j) <= 1.0 else "FAIL"
     print(table)
     print(f"bar <= 1.0x (jordan, same work): {verdict}")
     if args.no_write:
         return
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    cpu = platform.processor() or platform.machine()
+    commit = short_commit()
+    cpu = f"{cpu_model()}, {os.cpu_count()} logical CPUs"
     size = f"{n_params / 1e6:.1f}M"
     text = f"""# Optimizer step: MuonAdamW vs torch.optim.Muon + torch.optim.AdamW (GPT-2 small, {size})
 
 - command: `make bench-optim` (`python recipes/optim_step/bench.py --repeats {args.repeats}`)
-- hardware: {cpu}, {torch.get_num_threads()} torch threads (shared machine: read the ratio, not the seconds)
+- hardware: {cpu}, {torch.get_num_threads()} torch threads; 1-min load average {load_before:.2f} before,
+  {load_after:.2f} after (other jobs show up here: read the ratio, not the seconds)
 - git commit: {commit}; torch {torch.__version__}; parameters float32, polar iteration bfloat16
 - work: {len(matrices)} Muon matrices (c_attn 2304x768, attn.c_proj 768x768, c_fc 3072x768,
   mlp.c_proj 768x3072 per layer), {len(others)} AdamW tensors (wte 50257x768, wpe 1024x768, gains,
@@ -142,7 +147,9 @@ def main() -> None:
 {table}
 
 Bar: ratio (jordan, the same work as the peer) <= 1.0x: **{verdict}**.
-The polar_express row runs the Polar Express coefficients (same number of matrix products).
+The polar_express row runs the Polar Express coefficients (same number of matrix products); the
+form-auto row the same coefficients, wide matrices in Gram form (35 instead of 45 m^3 multiply-adds
+for a 768x3072 block).
 """
     (HERE / "RESULTS.md").write_text(text)
     print(f"wrote {HERE / 'RESULTS.md'}")
