@@ -192,10 +192,16 @@ def test_same_shape_matrices_share_one_batched_polar_call(monkeypatch):
     # (12, 8) tall and (8, 12) wide share a stack; (10, 10) is its own.
     params = _params([(12, 8), (8, 12), (12, 8), (10, 10)])
     single = _clone(params)
-    opt = MuonAdamW(params, polar_dtype="float32")
+    opt = MuonAdamW(params, polar_dtype="float32", batch=True)
     _set_grads([params, single], 0)
     opt.step()
     assert sorted(calls) == [(1, 10, 10), (3, 8, 12)]
+    # The default in one CPU process: one call per block, each as a matrix, no stack.
+    calls.clear()
+    fresh = _clone(params)
+    _set_grads([fresh], 0)
+    MuonAdamW(fresh, polar_dtype="float32").step()
+    assert sorted(calls) == [(8, 12), (8, 12), (8, 12), (10, 10)]
     monkeypatch.setattr(muon_adamw_module, "orthogonalize", real)
     for p_batched, p in zip(params, single, strict=True):
         MuonAdamW([p], polar_dtype="float32").step()
@@ -305,6 +311,7 @@ def test_weight_decay_uses_the_unadjusted_lr():
         ({"algorithm": "sgd"}, "sgd"),
         ({"nesterov": 1}, "nesterov"),
         ({"form": "fast"}, "'fast'"),
+        ({"batch": "yes"}, "batch"),
         ({"form": "gram", "torch_compatible": True}, "exclude"),
     ],
 )
