@@ -53,14 +53,15 @@ prepare-fineweb: env
 reproduce-tiny: env
 	$(RUN) recipes/polar_express_gpt2/sweep.py --preset tiny
 
-# Polar Express with the polar step in Gram form (form auto) against the rectangular runs of
-# reproduce-tiny, paired by seed; the base runs are made first if missing (finished ones are skipped).
+# Polar Express with the polar step in Gram form (form auto) against the rectangular form, runs
+# paired by seed (same initialisation and data order); finished runs are skipped on a rerun.
 GRAM_RUNS = --preset tiny --methods polar_express --lrs 0.005 0.01 --seeds 0 1 --no-report
 reproduce-tiny-gram-form: env
-	$(RUN) recipes/polar_express_gpt2/sweep.py $(GRAM_RUNS)
+	$(RUN) recipes/polar_express_gpt2/sweep.py $(GRAM_RUNS) --out-dir runs/sweep-tiny-rectangular-form \
+		-- --model.polar_form=rectangular
 	$(RUN) recipes/polar_express_gpt2/sweep.py $(GRAM_RUNS) --out-dir runs/sweep-tiny-gram-form \
 		-- --model.polar_form=auto
-	$(RUN) recipes/polar_express_gpt2/compare_forms.py --base runs/sweep-tiny \
+	$(RUN) recipes/polar_express_gpt2/compare_forms.py --base runs/sweep-tiny-rectangular-form \
 		--variant runs/sweep-tiny-gram-form --label "form auto" \
 		--out recipes/polar_express_gpt2/RESULTS-tiny-gram-form.md
 
