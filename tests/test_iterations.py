@@ -245,11 +245,20 @@ def test_non_finite_input(value: float) -> None:
         ({"steps": True}, "True"),
         ({"method": "svd", "steps": 3}, "steps=3"),
         ({"dtype": torch.int32}, "torch.int32"),
+        ({"out_dtype": torch.int64}, "torch.int64"),
     ],
 )
 def test_rejects_bad_arguments(kwargs: dict, shown: str) -> None:
     with pytest.raises(ValueError, match=shown):
         orthogonalize(torch.randn(4, 6), **kwargs)
+
+
+@pytest.mark.parametrize("method", ["polar_express", "svd"])
+def test_out_dtype_skips_only_the_cast_back(method: str) -> None:
+    g = torch.randn(2, 12, 20, generator=torch.Generator().manual_seed(8))
+    kept = orthogonalize(g, method, out_dtype=torch.bfloat16)
+    assert kept.dtype == torch.bfloat16 and kept.shape == g.shape
+    assert torch.equal(kept, orthogonalize(g, method).bfloat16())
 
 
 class _CountMatmuls(TorchDispatchMode):
@@ -402,6 +411,11 @@ def test_orthogonalize_many_matches_separate_calls() -> None:
             want = orthogonalize(m, method, dtype=dtype)
             atol = 1e-6 if m.dtype == torch.float32 else 1e-12
             assert torch.allclose(x.double(), want.double(), rtol=0, atol=atol)
+    for batch in (True, False):
+        kept = orthogonalize_many(mats, out_dtype=torch.bfloat16, batch=batch)
+        assert all(x.dtype == torch.bfloat16 for x in kept)
+        full = orthogonalize_many(mats, batch=batch)
+        assert all(torch.equal(x, y.bfloat16()) for x, y in zip(kept, full, strict=True))
     bf = orthogonalize_many([m.float() for m in mats], batch=True)
     for m, x in zip(mats, bf, strict=True):
         assert (x.double() - orthogonalize(m.float()).double()).abs().max() < 0.05  # bf16 rounding

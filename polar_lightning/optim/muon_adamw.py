@@ -234,7 +234,7 @@ class _Piece:
     rows: int
     cols: int
     n_blocks: int
-    blocks_in: Tensor  # (n_blocks, rows, cols), the polar input in the group's working dtype
+    blocks_in: Tensor  # (n_blocks, rows, cols), the polar input (cast to polar_dtype when stacked)
     blocks_out: Tensor | None = None
     record_in: Tensor | None = field(default=None, repr=False)
 
@@ -449,12 +449,18 @@ class MuonAdamW(Optimizer):
                     piece = _Piece(p, group, first, rows, matrix.shape[1], n, blocks)
                     if record:
                         piece.record_in = blocks.float().clone()
-                    if not group["torch_compatible"] and group["method"] != "svd":
+                    if not group["torch_compatible"] and group["method"] != "svd" and self._stacks(p):
                         # The iteration casts to polar_dtype first; casting here halves the stacking traffic.
                         piece.blocks_in = blocks.to(work)
                     pieces.append(piece)
         self._orthogonalise(pieces)
         self._apply(pieces, record)
+
+    def _stacks(self, param: Tensor) -> bool:
+        """Whether blocks on param's device go through one stacked call (see ``batch``)."""
+        if D.world(self.distributed)[1] > 1:
+            return True  # the stack is what the ranks split
+        return self.batch if self.batch is not None else param.device.type != "cpu"
 
     def _orthogonalise(self, pieces: list[_Piece]) -> None:
         """Fill blocks_out, stacking blocks that share (method, steps, dtype, shape) into one call."""
@@ -469,7 +475,6 @@ class MuonAdamW(Optimizer):
             form = g.get("form", "rectangular")  # a checkpoint from before "form" existed lacks the key
             key = (g["method"], g["steps"], g["polar_dtype"], g["torch_compatible"], form, shape, device)
             buckets.setdefault(key, []).append(piece)
-        multi_rank = D.world(self.distributed)[1] > 1
         for (method, steps, dtype_name, compatible, form, _, _), bucket in buckets.items():
             polar = functools.partial(
                 _polar,
@@ -484,8 +489,7 @@ class MuonAdamW(Optimizer):
             for piece in bucket:
                 tall = piece.rows > piece.cols and not compatible
                 parts.append(piece.blocks_in.mT if tall else piece.blocks_in)  # (n, m, n')
-            batched = self.batch if self.batch is not None else parts[0].device.type != "cpu"
-            if multi_rank or batched:
+            if self._stacks(bucket[0].param):
                 # One batched call per stack: fewer kernel launches on an accelerator, and the stack
                 # is what the ranks split between them.
                 stack = torch.cat(parts) if len(parts) > 1 else parts[0]  # (K, m, n')
@@ -532,12 +536,16 @@ def _polar(
     torch_compatible: bool,
     form: str,
 ) -> Tensor:
-    """Orthogonalise a matrix (m, n) or a stack (k, m, n); torch-compatible mode goes matrix by matrix."""
+    """Orthogonalise a matrix (m, n) or a stack (k, m, n); torch-compatible mode goes matrix by matrix.
+
+    The result stays in the polar dtype (no cast back): ``param.add_`` converts as it adds.
+    """
     if torch_compatible and x.ndim == 3:
         out = [orthogonalize(m, method, steps, dtype, check_finite=False, torch_compatible=True) for m in x]
         return torch.stack(out) if out else x
     return orthogonalize(
-        x, method, steps, dtype, check_finite=False, torch_compatible=torch_compatible, form=form
+        x, method, steps, dtype, check_finite=False, torch_compatible=torch_compatible, form=form,
+        out_dtype=None if method == "svd" else dtype,
     )
 
 
