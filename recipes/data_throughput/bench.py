@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats (median reported)")
     parser.add_argument("--passes", type=float, default=3.0, help="passes over the training tokens per run")
     args = parser.parse_args(argv)
+    commit = short_commit()  # before this script writes its own outputs into the tree
     if args.repeats < 1 or args.passes <= 0:
         raise ValueError(f"need repeats >= 1 and passes > 0, got {args.repeats}, {args.passes}")
     cores = len(os.sched_getaffinity(0))
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
 Command: `make bench-data`
 (`python recipes/data_throughput/bench.py --repeats {args.repeats} --passes {args.passes}`)
-Git commit: `{short_commit()}` · torch {torch.__version__} · batches int64 (B={BATCH_SIZE}, T={BLOCK_SIZE})
+Git commit: `{commit}` · torch {torch.__version__} · batches int64 (B={BATCH_SIZE}, T={BLOCK_SIZE})
 Hardware: {machine()}
 Load average (1/5/15 min) before: {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f},
 after: {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}.

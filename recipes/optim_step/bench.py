@@ -86,7 +86,7 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats (>= 7 for RESULTS.md)")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats (>= 7 for RESULTS.md)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write RESULTS.md")
     args = parser.parse_args()
     if args.repeats < 1:

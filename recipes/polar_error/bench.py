@@ -388,6 +388,7 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch threads for timing (default: torch's)"
     )
     args = parser.parse_args()
+    args.commit = short_commit()  # before this script writes its own outputs into the tree
     repeats = args.repeats or (3 if args.quick else 7)
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
@@ -536,7 +537,7 @@ def render(
         f"- command: `python recipes/polar_error/{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}` "
         "(`make bench-polar` runs it without flags)"
     )
-    add(f"- git commit: {short_commit()}; torch {torch.__version__}; numpy {np.__version__}")
+    add(f"- git commit: {args.commit}; torch {torch.__version__}; numpy {np.__version__}")
     add(
         f"- hardware: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {args.timing_threads} "
         "for timing, 1 elsewhere; no GPU available to this run"
@@ -545,7 +546,7 @@ def render(
     )
     add(
         f"- load average at start: {', '.join(f'{x:.1f}' for x in load_start)} "
-        "(the machine is shared with other jobs: absolute times are noisy, ratios are interleaved)"
+        "(other jobs show up here; ratios are interleaved in one run, so they cancel)"
     )
     add(
         f"- wall time: {elapsed:.0f} s; iterations run in the dtype named (fp32 / bf16), errors measured "

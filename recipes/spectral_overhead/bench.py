@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subsample", type=int, default=None, help="SpectralDiagnostics(subsample=...)")
     parser.add_argument("--out", default=HERE, help="folder for RESULTS.md and overhead.png")
     args = parser.parse_args(argv)
+    commit = short_commit()  # before this script writes its own outputs into the tree
     cli_args = list(sys.argv[1:] if argv is None else argv)
     if args.repeats < 1 or args.batch < 1 or args.seq < 2:
         raise ValueError(f"bad sizes: repeats={args.repeats} batch={args.batch} seq={args.seq}")
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- hardware: {_hardware(device)} ({args.device}); 1-min load average {load_before[0]:.2f} "
         f"before, {load_after[0]:.2f} after (other jobs on the machine show up here)",
         "- command: `" + " ".join(["python recipes/spectral_overhead/bench.py", *cli_args]) + "`",
-        f"- git commit: {short_commit()}; torch {torch.__version__}; python {platform.python_version()}",
+        f"- git commit: {commit}; torch {torch.__version__}; python {platform.python_version()}",
         f"- model: GPT `{args.preset}` ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), "
         f"float32 weights; batch {args.batch} x {args.seq} tokens per step; MuonAdamW(method="
         f"\"{args.method}\", polar in bfloat16), hidden matrices on Muon",

@@ -167,7 +167,7 @@ def write_results(cases: list[Case], args: argparse.Namespace, seconds: float, l
         f"- hardware: {cpu_model() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch "
         f"thread(s) ({platform.platform()}); load average {load[0]:.1f} at start, {load[1]:.1f} at end",
         f"- command: `{' '.join(['python recipes/train_throughput/bench.py', *args.argv])}`",
-        f"- git commit: {short_commit()}, torch {torch.__version__}, lightning {L.__version__}",
+        f"- git commit: {args.commit}, torch {torch.__version__}, lightning {L.__version__}",
         f"- dtype: {args.precision} (fp32 weights, bf16 autocast); MuonAdamW, polar_express, 5 polar steps "
         "(bf16)",
         f"- wall time of the benchmark: {seconds:.0f} s",
@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: CPU time then measures work, not threads waiting)")
     args = parser.parse_args(argv)
+    args.commit = short_commit()  # before this script writes its own outputs into the tree
     args.argv = sys.argv[1:] if argv is None else list(argv)
     # Per model: (batch, context, kept steps per round, warm-up steps per round). Tiny uses the demo's
     # batch shape; small a short context so a CPU step takes seconds. Both keep >= 20 steps per side.
