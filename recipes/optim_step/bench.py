@@ -3,10 +3,10 @@
 Both sides step the same parameter shapes with the same fixed gradients: hidden matrices with Muon
 (method "jordan", 5 steps, bfloat16, "original" lr adjustment, no split or per-head, so the work is the
 same as torch.optim.Muon's), embeddings, gains and biases with AdamW (betas (0.9, 0.95), eps 1e-10).
-Repeats are interleaved (ours, peer, ours-polar-express, ours-polar-express in form "auto", in rotating
-order) and the ratio is taken per repeat, so machine contention hits both sides alike; the table
-reports the median and the spread. Form "auto" runs the polar steps of the wide matrices in Gram form
-(polar_lightning.polar.iterations): the same polynomials with fewer multiply-adds.
+Repeats are interleaved (ours, peer, ours-polar-express, ours-polar-express in form "auto", in a seeded
+random order per repeat) and the ratio is taken per repeat, so machine contention hits both sides
+alike; the table reports the median and the spread. Form "auto" runs the polar steps of the wide
+matrices in Gram form (polar_lightning.polar.iterations): the same polynomials, fewer multiply-adds.
 
 Run: ``make bench-optim`` (writes RESULTS.md beside this file).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import time
 from pathlib import Path
@@ -102,7 +103,9 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in runners}
     names = list(runners)
     for r in tqdm(range(args.repeats), desc="interleaved repeats"):
-        order = names[r % len(names):] + names[: r % len(names)]
+        # A fresh order each repeat (seeded): under a plain rotation every runner always follows the
+        # same one, and what the previous step left in cache and allocator biased the ratio by ~5%.
+        order = random.Random(r).sample(names, len(names))
         for name in order:
             times[name].append(timed(runners[name].step))
     ratio_j = [a / b for a, b in zip(times["ours_jordan"], times["peer"], strict=True)]
@@ -142,7 +145,8 @@ def main() -> None:
   mlp.c_proj 768x3072 per layer), {len(others)} AdamW tensors (wte 50257x768, wpe 1024x768, gains,
   biases); 5 polar steps, "original" lr adjustment, no split or per-head on either side.
 - peer: torch.optim.Muon (its default Jordan quintic) + torch.optim.AdamW (defaults: single-tensor on CPU).
-- {args.repeats} interleaved repeats after one warm-up step each; ratio per repeat, then median.
+- {args.repeats} interleaved repeats (seeded random order each) after one warm-up step each; ratio
+  per repeat, then median.
 
 {table}
 
