@@ -170,27 +170,25 @@ def _addmm(bias: Tensor, a: Tensor, b: Tensor, beta: float, alpha: float = 1.0) 
     return torch.baddbmm(bias, a, b, beta=beta, alpha=alpha)
 
 
+def _power_terms(a: Tensor, coeffs: Coefficients) -> Tensor:
+    """c1 A + c2 A^2 + ... (every term but c0) for the symmetric (.., m, m) A, by Horner in A."""
+    if len(coeffs) == 2:
+        return a * coeffs[1]
+    poly = _addmm(a, a, a, beta=coeffs[-2], alpha=coeffs[-1])
+    for c in reversed(coeffs[1:-2]):
+        poly = _addmm(a, a, poly, beta=c)
+    return poly
+
+
 def _polynomial_step(x: Tensor, coeffs: Coefficients) -> Tensor:
     """x <- p(x) for the odd polynomial with these coefficients; x is (batch?, m, n) with m <= n."""
     gram = _matmul(x, x.mT)  # (.., m, m): the small Gram matrix
-    # Horner in the Gram matrix: B = c1 A + c2 A^2 + ... so that p(x) = c0 x + B x.
-    if len(coeffs) == 2:
-        poly = gram * coeffs[1]
-    else:
-        poly = _addmm(gram, gram, gram, beta=coeffs[-2], alpha=coeffs[-1])
-        for c in reversed(coeffs[1:-2]):
-            poly = _addmm(gram, gram, poly, beta=c)
-    return _addmm(x, poly, x, beta=coeffs[0])  # (.., m, n)
+    return _addmm(x, _power_terms(gram, coeffs), x, beta=coeffs[0])  # p(x) = c0 x + B x, (.., m, n)
 
 
 def _gram_polynomial(r: Tensor, coeffs: Coefficients) -> Tensor:
-    """h(R) = c0 I + c1 R + c2 R^2 + ... for the symmetric (.., m, m) R, by Horner in R."""
-    if len(coeffs) == 2:
-        h = r * coeffs[1]
-    else:
-        h = _addmm(r, r, r, beta=coeffs[-2], alpha=coeffs[-1])
-        for c in reversed(coeffs[1:-2]):
-            h = _addmm(r, r, h, beta=c)
+    """h(R) = c0 I + c1 R + c2 R^2 + ..., so that p(X) = h(X X^T) X."""
+    h = _power_terms(r, coeffs)
     h.diagonal(dim1=-2, dim2=-1).add_(coeffs[0])  # h is a fresh tensor: adding c0 I in place is safe
     return h
 
