@@ -496,7 +496,8 @@ class MuonAdamW(Optimizer):
                 outs = D.split_map(stack, polar, self.distributed).split([p.n_blocks for p in bucket])
             else:
                 # One process on a CPU: no launch cost to save, and the stack would only add a copy of
-                # every block (recipes/optim_step: about 6% of GPT-2 small's Muon step).
+                # every block (GPT-2 small, torch.profiler: 0.45 s of a 4.3 s step in copies, against
+                # 0.08 s in torch.optim.Muon).
                 # A single block goes in as a matrix: batched products on transposed views copy them.
                 outs = [polar(part[0])[None] if part.shape[0] == 1 else polar(part) for part in parts]
             for piece, block in zip(bucket, outs, strict=True):
