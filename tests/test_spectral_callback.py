@@ -356,8 +356,13 @@ def test_two_ranks_only_rank0_logs_and_matches_one_process(tmp_path, kind: str) 
     script = tmp_path / "run_dist.py"
     script.write_text(_DIST_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script), kind, str(tmp_path)], capture_output=True, text=True,
-                          timeout=80, env=env)
+    for _attempt in range(2):
+        proc = subprocess.run([sys.executable, str(script), kind, str(tmp_path)], capture_output=True,
+                              text=True, timeout=40, env=env)
+        # Lightning picks the rendezvous port before the ranks bind it; another process can take it
+        # in between. That, and only that, is worth a second try.
+        if proc.returncode == 0 or "Address already in use" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
