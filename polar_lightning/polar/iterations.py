@@ -31,9 +31,10 @@ Two equivalent ways to run the same polynomials on a wide X (m <= n rows after t
   X X^T (it acquires spurious negative eigenvalues), so the iteration restarts from X = Q X every
   ``GRAM_RESTART_EVERY`` steps.
 
-``form="rectangular"`` (the default) is the more accurate in bf16: on rank-deficient inputs the Gram
-form's rounding floor is several times higher (recipes/polar_error/RESULTS.md); ``form="auto"`` takes
-the Gram form wherever it needs fewer multiply-adds (wide matrices) and the rectangular one elsewhere.
+``form="rectangular"`` (the default) is the more accurate in bf16: on a rank-deficient input the Gram
+form's row-space error after 8 steps is 0.089 against 0.032 (see ``GRAM_RESTART_EVERY``).
+``form="auto"`` takes the Gram form wherever it needs fewer multiply-adds (wide matrices) and the
+rectangular one elsewhere.
 """
 
 from __future__ import annotations
@@ -365,8 +366,8 @@ def polar_iterates(
 
     Each iterate has G's shape and stays in ``dtype`` (the precision the iteration carries), so the
     last one cast to ``G.dtype`` equals ``orthogonalize(G, method, steps, dtype)`` (the rectangular
-    form: the Gram form has no X_k between restarts). Arguments as in :func:`orthogonalize`; ``"svd"`` has no
-    iterates.
+    form: the Gram form has no X_k between restarts). Arguments as in :func:`orthogonalize`;
+    ``"svd"`` has no iterates.
     """
     _check_input(G, check_finite)
     spec = polar_method(method)
